@@ -207,6 +207,7 @@ extern int	BgwdQueryRun(BgwdQuery *q, Datum *values, const char *nulls,
 extern void BgwdWakeAfterCommit(Oid roleid, bool future);
 extern void BgwdBroadcastAfterCommit(void);
 extern int64 BgwdIntervalToMs(Interval *iv, const char *what);
+extern void BgwdCheckSyntax(const char *command);
 
 /* schedule.c */
 extern TimestampTz BgwdSchedulesEnqueueDue(TimestampTz now);

@@ -59,6 +59,7 @@ static void bgwd_xact_callback(XactEvent event, void *arg);
 static void wake_now(void);
 static char *read_job_status(int64 job_id, bool as_owner);
 static bool cancel_running(int64 job_id);
+static void syntax_error_callback(void *arg);
 
 /* What the commit of the current transaction must wake */
 static bool xact_callback_registered = false;
@@ -113,7 +114,7 @@ bgworker_demo_submit(PG_FUNCTION_ARGS)
 				 errmsg("command must not be empty")));
 
 	/* A syntax error is the caller's to see now, not the worker's later. */
-	(void) raw_parser(command, RAW_PARSE_DEFAULT);
+	BgwdCheckSyntax(command);
 
 	run_at = PG_ARGISNULL(1) ? GetCurrentTransactionStartTimestamp() :
 		PG_GETARG_TIMESTAMPTZ(1);
@@ -598,4 +599,42 @@ BgwdIntervalToMs(Interval *iv, const char *what)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must be at most %d milliseconds", what, INT_MAX)));
 	return Max(us / 1000, 1);
+}
+
+/*
+ * BgwdCheckSyntax
+ *		Parses a job's command, so that a syntax error is reported to the
+ *		caller at once.  The error points into the command (as an internal
+ *		query, the way SPI reports them), not into the caller's statement.
+ */
+void
+BgwdCheckSyntax(const char *command)
+{
+	ErrorContextCallback errcallback;
+
+	errcallback.callback = syntax_error_callback;
+	errcallback.arg = (void *) command;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+	(void) raw_parser(command, RAW_PARSE_DEFAULT);
+	error_context_stack = errcallback.previous;
+}
+
+/*
+ * syntax_error_callback
+ *		Moves a syntax error's cursor position into the command.
+ */
+static void
+syntax_error_callback(void *arg)
+{
+	const char *command = (const char *) arg;
+	int			position = geterrposition();
+
+	if (position > 0)
+	{
+		errposition(0);
+		internalerrposition(position);
+		internalerrquery(command);
+	}
+	errcontext("command of a bgworker_demo job");
 }

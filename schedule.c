@@ -318,7 +318,7 @@ check_command(FunctionCallInfo fcinfo, int argno)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("command must not be empty")));
-	(void) raw_parser(command, RAW_PARSE_DEFAULT);
+	BgwdCheckSyntax(command);
 	return command;
 }
 

@@ -202,6 +202,12 @@ BgwdWorkerMain(Datum main_arg)
 		if (idle_ms <= 0)
 			break;
 
+		/*
+		 * pgstat_report_stat(false) after each job flushes at most once a
+		 * second; before sleeping, flush what is left, or the counters of
+		 * the last jobs would not appear until the next one.
+		 */
+		pgstat_report_stat(true);
 		BgwdSetSlotState(MyBgwdSlot, BGWD_STATE_IDLE, 0);
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
@@ -938,7 +944,7 @@ bgworker_demo_launch_worker(PG_FUNCTION_ARGS)
 				 errdetail("It must be shorter than %d bytes, to fit in bgw_extra.",
 						   (int) (BGW_EXTRALEN - sizeof(args))),
 				 errhint("Use submit() to run longer commands.")));
-	(void) raw_parser(command, RAW_PARSE_DEFAULT);
+	BgwdCheckSyntax(command);
 
 	args.slot = BgwdReserveSlot(BGWD_KIND_RAW, MyDatabaseId, GetUserId(),
 								&args.generation);
