@@ -772,7 +772,7 @@ log_job(BgwdJob *job, JobOutcome outcome, const char *status,
 				(errmsg("bgworker_demo job %lld by %s %s after %ld ms",
 						(long long) job->id, MyJobRoleName,
 						outcome == JOB_CANCELED ? "canceled" :
-						"interrupted by shutdown, requeued", ms)));
+						"interrupted by SIGTERM, requeued", ms)));
 }
 
 /*

@@ -172,7 +172,7 @@ my $start = time();
 $node->stop('fast');
 my $elapsed = time() - $start;
 note(sprintf('pg_ctl stop -m fast with a busy worker took %.2f s', $elapsed));
-ok($node->log_contains('bgworker_demo job \d+ by \S+ interrupted by shutdown, requeued'),
+ok($node->log_contains('bgworker_demo job \d+ by \S+ interrupted by SIGTERM, requeued'),
 	'fast shutdown interrupts the running job and requeues it');
 $node->start;
 $node->poll_query_until('postgres',
