@@ -17,7 +17,7 @@ EXTENSION = bgworker_demo
 DATA = bgworker_demo--1.0.sql
 PGFILEDESC = "bgworker_demo - background workers, job queue and schedules"
 
-REGRESS = setup workers jobs cron
+REGRESS = setup workers jobs cron schedule daemon
 REGRESS_OPTS = --temp-config=$(top_srcdir_abs)regress.conf \
 	--temp-instance=./tmp_check_regress
 TAP_TESTS = 1

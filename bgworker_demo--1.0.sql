@@ -235,29 +235,66 @@ COMMENT ON FUNCTION next_run(text, timestamptz) IS
 -- Supervised daemons
 ----------------------------------------------------------------------------
 
+/*
+ * A daemon is a process that calls step(state, message) in a loop, one
+ * transaction per step, supervised by the launcher (daemon.c tells the
+ * whole story).  Its status:
+ *
+ *	starting	waits for the launcher to start a process: after spawn(), after
+ *				a restart's back-off (next_start), after a server restart
+ *	running		a process (pid) calls the step
+ *	stopping	stop() was called; the process ends after its current step
+ *	exited		the process ended (last_exit says how); the launcher applies
+ *				the restart policy at once
+ *	stopped		ended by stop() (or, for a temporary daemon, by a shutdown)
+ *	finished	the step returned NULL and the daemon is not permanent
+ *	failed		ended by an error or crash and not restarted: temporary, or
+ *				more than bgworker_demo.max_restarts restarts within
+ *				bgworker_demo.max_seconds
+ */
 CREATE TABLE daemons (
 	id				int8 GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	name			text NOT NULL UNIQUE,
 	username		regrole NOT NULL,
 	step			regprocedure NOT NULL,
-	state			jsonb,
+	state			jsonb NOT NULL,
 	restart			text NOT NULL DEFAULT 'permanent',
 	sleep			interval NOT NULL DEFAULT '1 second',
 	status			text NOT NULL DEFAULT 'starting',
 	pid				int4,
+	launched		bool NOT NULL DEFAULT false,
+	next_start		timestamptz,
+	started_at		timestamptz,
 	steps			int8 NOT NULL DEFAULT 0,
 	restarts		int4 NOT NULL DEFAULT 0,
 	recent_restarts	timestamptz[] NOT NULL DEFAULT '{}',
-	next_start		timestamptz,
+	last_exit		text,
 	last_error		text,
 	created_at		timestamptz NOT NULL DEFAULT now(),
 	CONSTRAINT daemons_restart_check CHECK (restart IN
 		('permanent', 'transient', 'temporary')),
 	CONSTRAINT daemons_status_check CHECK (status IN
-		('starting', 'running', 'stopping', 'stopped', 'finished', 'failed'))
+		('starting', 'running', 'stopping', 'exited', 'stopped', 'finished',
+		 'failed')),
+	CONSTRAINT daemons_last_exit_check CHECK (last_exit IN
+		('normal', 'error', 'crash', 'shutdown', 'stop')),
+	CONSTRAINT daemons_pid_check CHECK
+		((status IN ('running', 'stopping')) = (pid IS NOT NULL))
 );
 
 COMMENT ON TABLE daemons IS 'supervised long-running workers that call a step function';
+COMMENT ON COLUMN daemons.state IS 'what the last committed step returned (or the initial state)';
+COMMENT ON COLUMN daemons.launched IS 'the launcher registered a process that has not claimed the row yet';
+COMMENT ON COLUMN daemons.next_start IS 'when a starting daemon is due (after a restart''s back-off)';
+COMMENT ON COLUMN daemons.started_at IS 'when the current (or last) process claimed the row';
+COMMENT ON COLUMN daemons.restarts IS 'restarts by the supervisor; server restarts are not counted';
+COMMENT ON COLUMN daemons.recent_restarts IS 'times of the restarts within bgworker_demo.max_seconds, for the restart intensity';
+COMMENT ON COLUMN daemons.last_exit IS 'how the last process ended: normal (step returned NULL), error, crash, shutdown or stop';
+COMMENT ON COLUMN daemons.last_error IS 'SQLSTATE and message of the last error or crash';
+
+-- The supervisor's scans: only daemons that have not ended.
+CREATE INDEX daemons_active_idx ON daemons (status)
+	WHERE status IN ('starting', 'running', 'stopping', 'exited');
 
 ALTER TABLE daemons ENABLE ROW LEVEL SECURITY;
 CREATE POLICY daemons_owner ON daemons FOR SELECT
@@ -286,6 +323,13 @@ GRANT SELECT ON messages TO PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('messages', '');
 
+-- spawn(), send() and stop() stay granted to PUBLIC, like submit(): they
+-- act only on the caller's own daemons (as row-level security shows them
+-- to the caller), and a daemon's process connects as the caller and calls
+-- a function the caller may execute, so it can do nothing the caller could
+-- not do in a session.  What a role can take is background worker slots
+-- (max_worker_processes), as a session takes connection slots.
+
 CREATE FUNCTION spawn(
 	name text,
 	step regprocedure,
@@ -297,7 +341,7 @@ AS 'MODULE_PATHNAME', 'bgworker_demo_spawn'
 LANGUAGE C CALLED ON NULL INPUT VOLATILE PARALLEL UNSAFE;
 
 COMMENT ON FUNCTION spawn(text, regprocedure, jsonb, text, interval) IS
-'starts a supervised daemon that calls step(state jsonb, message jsonb) returning jsonb, as the calling role';
+'starts a supervised daemon that calls step(state jsonb, message jsonb) returning jsonb, as the calling role; restart is permanent, transient or temporary';
 
 CREATE FUNCTION send(name text, message jsonb)
 RETURNS void

@@ -102,8 +102,20 @@
 /* Retry period when a worker could not be registered */
 #define START_RETRY_MS			1000
 
+/*
+ * When the slots are full, a role has no worker and no worker can be asked
+ * to make room yet (they are all still starting), look again this soon.
+ */
+#define STARVED_RECHECK_MS		20
+
 /* A slot STARTING for longer than this with no handle is given up */
 #define STARTING_TIMEOUT_MS		60000
+
+/* Longest sleep: WaitLatch's timeout must fit an int; we recompute after */
+#define MAX_SLEEP_MS			(24L * 3600 * 1000)
+
+/* How many roles' last start times the launcher remembers */
+#define SERVED_MEMORY			64
 
 /* Demand of one role, as the launcher's round computes it */
 typedef struct RoleDemand
@@ -112,7 +124,15 @@ typedef struct RoleDemand
 	int			due;			/* due jobs, capped at max_workers */
 	int			have;			/* our workers for it (any state) */
 	int			idle;			/* of which idle */
+	TimestampTz served;			/* when we last started a worker for it */
 } RoleDemand;
+
+/* When the launcher last started a worker for a role (ours, not shared) */
+typedef struct RoleServed
+{
+	Oid			roleid;
+	TimestampTz at;
+} RoleServed;
 
 static void launcher_backoff(BgwdLauncher *me);
 static void launcher_connect_failed(int code, Datum arg);
@@ -128,7 +148,9 @@ static void fail_due_jobs(Oid roleid, TimestampTz now, const char *message);
 static void reap_failed_starts(void);
 static void count_workers(RoleDemand *roles, int nroles, int *total);
 static bool start_worker(Oid roleid);
-static void request_one_exit(RoleDemand *roles, int nroles);
+static TimestampTz last_served(Oid roleid);
+static void note_served(Oid roleid, TimestampTz at);
+static bool request_one_exit(RoleDemand *roles, int nroles);
 static void launcher_sleep(TimestampTz until);
 
 /* Which launcher entry is ours, and whether we got connected */
@@ -137,6 +159,9 @@ static bool launcher_connected = false;
 
 /* Handles of the workers we registered, by slot index */
 static BackgroundWorkerHandle **worker_handles = NULL;
+
+/* Recent worker starts per role, for the fair tie-break */
+static RoleServed served[SERVED_MEMORY];
 
 /* When history was last pruned */
 static TimestampTz last_prune = 0;
@@ -591,6 +616,7 @@ supervise_workers(TimestampTz now)
 
 		roles[nroles].roleid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
 		roles[nroles].due = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		roles[nroles].served = last_served(roles[nroles].roleid);
 		if (roles[nroles].due > 0)
 			nroles++;
 	}
@@ -626,7 +652,9 @@ supervise_workers(TimestampTz now)
 
 	/*
 	 * Hand out free slots one at a time to the role with the fewest
-	 * workers that still has more due jobs than workers.
+	 * workers that still has more due jobs than workers; between equals,
+	 * to the one we served least recently, so that a slot freed by one
+	 * role goes round instead of back to it.
 	 */
 	budget = bgworker_demo_max_workers - total;
 	start_failed = false;
@@ -639,7 +667,9 @@ supervise_workers(TimestampTz now)
 		{
 			if (roles[r].have >= roles[r].due)
 				continue;
-			if (best < 0 || roles[r].have < roles[best].have)
+			if (best < 0 || roles[r].have < roles[best].have ||
+				(roles[r].have == roles[best].have &&
+				 roles[r].served < roles[best].served))
 				best = r;
 		}
 		if (best < 0)
@@ -650,6 +680,8 @@ supervise_workers(TimestampTz now)
 			break;
 		}
 		roles[best].have++;
+		roles[best].served = GetCurrentTimestamp();
+		note_served(roles[best].roleid, roles[best].served);
 		budget--;
 	}
 
@@ -667,7 +699,9 @@ supervise_workers(TimestampTz now)
 					 errhint("Raise bgworker_demo.max_workers to run more jobs at once.")));
 			said_full = true;
 		}
-		request_one_exit(roles, nroles);
+		if (!request_one_exit(roles, nroles))
+			next = Min(next, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														 STARVED_RECHECK_MS));
 	}
 	else if (!starved)
 		said_full = false;
@@ -854,14 +888,57 @@ start_worker(Oid roleid)
 }
 
 /*
+ * last_served
+ *		When we last started a worker for the role; 0 if not remembered.
+ */
+static TimestampTz
+last_served(Oid roleid)
+{
+	int			i;
+
+	for (i = 0; i < SERVED_MEMORY; i++)
+		if (served[i].roleid == roleid)
+			return served[i].at;
+	return 0;
+}
+
+/*
+ * note_served
+ *		Remembers a worker start for the role, forgetting the oldest entry
+ *		when the table is full.
+ */
+static void
+note_served(Oid roleid, TimestampTz at)
+{
+	int			i;
+	int			oldest = 0;
+
+	for (i = 0; i < SERVED_MEMORY; i++)
+	{
+		if (served[i].roleid == roleid)
+		{
+			served[i].at = at;
+			return;
+		}
+		if (served[i].at < served[oldest].at)
+			oldest = i;
+	}
+	served[oldest].roleid = roleid;
+	served[oldest].at = at;
+}
+
+/*
  * request_one_exit
  *		The slots are full and some role has no worker: ask one worker to
  *		exit after its current job, so that the slot goes round.  An idle
  *		worker of a role without due jobs goes first, then one of the role
  *		with the most workers, then the one that has run longest.  Nothing
  *		is asked while an earlier request is still pending.
+ *
+ * Returns true if a request is pending (whose exit will wake us), false if
+ * no worker could be asked, because all are still starting.
  */
-static void
+static bool
 request_one_exit(RoleDemand *roles, int nroles)
 {
 	int			i;
@@ -915,6 +992,8 @@ request_one_exit(RoleDemand *roles, int nroles)
 			SetLatch(BgwdShmem->slots[victim].latch);
 	}
 	LWLockRelease(BgwdShmem->lock);
+
+	return victim >= 0 || victim_rank == INT_MAX;
 }
 
 /*
@@ -934,6 +1013,13 @@ launcher_sleep(TimestampTz until)
 		/* Round up, or we would wake a little early and spin. */
 		if (TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout) < until)
 			timeout++;
+
+		/*
+		 * WaitLatch passes the timeout on as an int: a deadline weeks away
+		 * (a monthly schedule) would overflow it.  Wake after a day at most;
+		 * the next round computes the rest.
+		 */
+		timeout = Min(timeout, MAX_SLEEP_MS);
 		events |= WL_TIMEOUT;
 	}
 

@@ -42,6 +42,15 @@
 #include "bgworker_demo.h"
 #include "cron.h"
 
+/* Most due schedules the launcher turns into jobs in one round */
+#define DUE_BATCH				1000
+
+/*
+ * When a due schedule's row is locked by another session (an edit or a
+ * run_now() not yet committed), the launcher looks again after this long.
+ */
+#define LOCKED_RETRY_MS			100
+
 PG_FUNCTION_INFO_V1(bgworker_demo_schedule);
 PG_FUNCTION_INFO_V1(bgworker_demo_unschedule);
 PG_FUNCTION_INFO_V1(bgworker_demo_run_now);
@@ -160,9 +169,11 @@ bgworker_demo_run_now(PG_FUNCTION_ARGS)
 	int64		id;
 	Datum		command;
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Oid			roleid = GetUserId();
 	int64		job_id;
 
-	values[0] = ObjectIdGetDatum(GetUserId());
+	/* The caller's role: once we are the owner, GetUserId() is the owner. */
+	values[0] = ObjectIdGetDatum(roleid);
 	values[1] = PG_GETARG_DATUM(0);
 
 	SPI_connect();
@@ -177,14 +188,14 @@ bgworker_demo_run_now(PG_FUNCTION_ARGS)
 									 SPI_tuptable->tupdesc, 1, &isnull));
 	command = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
 							&isnull);
-	enqueue_run(id, GetUserId(), command, GetCurrentTimestamp());
+	enqueue_run(id, roleid, command, GetCurrentTimestamp());
 	job_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 										 SPI_tuptable->tupdesc, 1, &isnull));
 	BgwdRestoreUser(&owner);
 	SPI_finish();
 
 	pg_atomic_fetch_add_u64(&BgwdShmem->jobs_submitted, 1);
-	BgwdWakeAfterCommit(GetUserId(), false);
+	BgwdWakeAfterCommit(roleid, false);
 	PG_RETURN_INT64(job_id);
 }
 
@@ -353,7 +364,8 @@ enqueue_run(int64 schedule_id, Oid roleid, Datum command, TimestampTz due)
  * BgwdSchedulesEnqueueDue
  *		The launcher's step: queues a job for every enabled schedule due at
  *		"now" (respecting overlap), moves each one's next_run on, and
- *		returns the earliest next_run of all (DT_NOEND if none).
+ *		returns when to look again: the earliest next_run of all (DT_NOEND
+ *		if none), or sooner if a due schedule had to be left for now.
  *
  * Caller runs as the extension owner inside a transaction with SPI
  * connected.
@@ -367,7 +379,8 @@ BgwdSchedulesEnqueueDue(TimestampTz now)
 		" FROM bgworker_demo.schedules s"
 		" LEFT JOIN bgworker_demo.jobs j ON j.id = s.last_job_id"
 		" WHERE s.enabled AND s.next_run <= $1"
-		" ORDER BY s.next_run LIMIT 1000 FOR UPDATE OF s SKIP LOCKED",
+		" ORDER BY s.next_run LIMIT " CppAsString2(DUE_BATCH)
+		" FOR UPDATE OF s SKIP LOCKED",
 		1, {TIMESTAMPTZOID}
 	};
 	static BgwdQuery skip_q = {
@@ -389,6 +402,7 @@ BgwdSchedulesEnqueueDue(TimestampTz now)
 	uint64		i;
 	bool		isnull;
 	Datum		d;
+	TimestampTz result;
 
 	values[0] = TimestampTzGetDatum(now);
 	BgwdQueryRun(&due_q, values, NULL, false, 0);
@@ -434,5 +448,18 @@ BgwdSchedulesEnqueueDue(TimestampTz now)
 
 	BgwdQueryRun(&min_q, NULL, NULL, false, 0);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return isnull ? DT_NOEND : DatumGetTimestampTz(d);
+	result = isnull ? DT_NOEND : DatumGetTimestampTz(d);
+
+	/*
+	 * Every schedule handled above is now due after "now", so one still due
+	 * was left: beyond the batch (look again at once), or locked by a
+	 * session editing it or in run_now().  That session's commit may not
+	 * wake us (run_now() wakes a worker; a rollback wakes nobody), and a
+	 * time already past would make the launcher spin until the lock goes:
+	 * look again a little later.
+	 */
+	if (result <= now)
+		result = ndue >= DUE_BATCH ? now :
+			TimestampTzPlusMilliseconds(now, LOCKED_RETRY_MS);
+	return result;
 }

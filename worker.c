@@ -750,6 +750,9 @@ log_job(BgwdJob *job, JobOutcome outcome, const char *status,
 
 	if (bgworker_demo_log_jobs == BGWD_LOG_OFF)
 		return;
+	/* A claimed job given back unrun (the worker is leaving): not news. */
+	if (job->started_at == 0)
+		return;
 	if (bgworker_demo_log_jobs == BGWD_LOG_ERRORS && outcome == JOB_SUCCEEDED)
 		return;
 
