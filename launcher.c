@@ -512,6 +512,8 @@ requeue_orphans(void)
 	uint64		i;
 
 	BgwdQueryRun(&q, NULL, NULL, false, 0);
+	if (SPI_processed > 0)
+		BgwdBroadcastAfterCommit();
 	for (i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -768,7 +770,10 @@ fail_due_jobs(Oid roleid, TimestampTz now, const char *message)
 	BgwdBecomeOwner(&owner);
 	BgwdQueryRun(&q, values, NULL, false, 0);
 	BgwdRestoreUser(&owner);
-	ConditionVariableBroadcast(&BgwdShmem->job_done_cv);
+
+	/* Waiters must look after our commit, or they would see no change. */
+	if (SPI_processed > 0)
+		BgwdBroadcastAfterCommit();
 }
 
 /*

@@ -143,7 +143,7 @@ SELECT what FROM job_effects WHERE id = (SELECT max(id) FROM job_effects);
 GRANT regress_nologin TO CURRENT_USER;
 SET ROLE regress_nologin;
 SELECT bgworker_demo.submit('SELECT 1') AS jnl \gset
-SELECT bgworker_demo.wait(:jnl);
+SELECT bgworker_demo.wait(:jnl, '30 s');
 SELECT status, sqlstate, last_error FROM bgworker_demo.jobs WHERE id = :jnl;
 RESET ROLE;
 
