@@ -1005,19 +1005,35 @@ request_one_exit(RoleDemand *roles, int nroles)
  * launcher_sleep
  *		Waits on the latch until "until" (forever for DT_NOEND), then resets
  *		it.  Exits if the postmaster dies.
+ *
+ * Linux lets a long poll or epoll timeout run late by 0.1% of its length
+ * (up to 100 ms: 60 ms for a minute), which would make every cron run
+ * late.  So a long sleep stops short of the deadline by a little more than
+ * that, and the short rest is slept again: one extra wake-up per long
+ * sleep buys a due time kept to the millisecond.
  */
 static void
 launcher_sleep(TimestampTz until)
 {
-	long		timeout = -1;
-	int			events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH;
-
-	if (until != DT_NOEND)
+	for (;;)
 	{
+		long		timeout;
+		long		early = 0;
+		int			rc;
+
+		if (until == DT_NOEND)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
+							 PG_WAIT_EXTENSION);
+			break;
+		}
+
 		timeout = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), until);
 		/* Round up, or we would wake a little early and spin. */
 		if (TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout) < until)
 			timeout++;
+		if (timeout <= 0)
+			break;
 
 		/*
 		 * WaitLatch passes the timeout on as an int: a deadline weeks away
@@ -1025,10 +1041,13 @@ launcher_sleep(TimestampTz until)
 		 * the next round computes the rest.
 		 */
 		timeout = Min(timeout, MAX_SLEEP_MS);
-		events |= WL_TIMEOUT;
-	}
+		if (timeout > 1000)
+			early = Min(timeout / 500 + 1, 250);
 
-	if (timeout != 0)
-		(void) WaitLatch(MyLatch, events, timeout, PG_WAIT_EXTENSION);
+		rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					   timeout - early, PG_WAIT_EXTENSION);
+		if ((rc & WL_LATCH_SET) || early == 0 || timeout == MAX_SLEEP_MS)
+			break;
+	}
 	ResetLatch(MyLatch);
 }
