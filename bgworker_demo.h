@@ -15,6 +15,7 @@
 #define BGWORKER_DEMO_H
 
 #include "datatype/timestamp.h"
+#include "fmgr.h"
 #include "postmaster/bgworker.h"
 #include "port/atomics.h"
 #include "storage/condition_variable.h"
@@ -153,6 +154,7 @@ extern bool BgwdAdoptSlot(int slot, uint32 generation);
 extern int	BgwdReserveSlot(BgwdKind kind, Oid dboid, Oid roleid,
 							uint32 *generation);
 extern void BgwdReleaseSlot(int slot);
+extern void BgwdReleaseSlotAndWake(int code, Datum arg);
 extern void BgwdSetSlotState(int slot, BgwdState state, int64 job_id);
 extern BgwdLauncher *BgwdFindLauncher(Oid dboid, const char *dbname);
 extern void BgwdWakeLauncher(Oid dboid, const char *dbname);
@@ -208,6 +210,8 @@ extern void BgwdWakeAfterCommit(Oid roleid, bool future);
 extern void BgwdBroadcastAfterCommit(void);
 extern int64 BgwdIntervalToMs(Interval *iv, const char *what);
 extern void BgwdCheckSyntax(const char *command);
+extern char *BgwdCommandArg(FunctionCallInfo fcinfo, int argno);
+extern char *BgwdNameArg(FunctionCallInfo fcinfo, int argno, const char *what);
 
 /* schedule.c */
 extern TimestampTz BgwdSchedulesEnqueueDue(TimestampTz now);

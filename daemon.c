@@ -207,7 +207,6 @@ static void send_signals(void);
 
 /* The daemon process */
 static void daemon_sigterm(SIGNAL_ARGS);
-static void daemon_detach(int code, Datum arg);
 static bool daemon_claim(void);
 static StepResult daemon_step(void);
 static StepResult daemon_step_xact(void);
@@ -305,15 +304,7 @@ bgworker_demo_spawn(PG_FUNCTION_ARGS)
 
 	BgwdShmemAttach();
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("name must not be null")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (name[strspn(name, " \t\r\n\f\v")] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("name must not be empty")));
+	name = BgwdNameArg(fcinfo, 0, "name");
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -798,7 +789,7 @@ BgwdDaemonMain(Datum main_arg)
 	BgwdShmemAttach();
 	if (!BgwdAdoptSlot(args.slot, args.generation))
 		proc_exit(0);			/* the launcher gave up on us already */
-	before_shmem_exit(daemon_detach, (Datum) 0);
+	before_shmem_exit(BgwdReleaseSlotAndWake, (Datum) 0);
 	BgwdSetSlotState(MyBgwdSlot, BGWD_STATE_IDLE, MyDaemonId);
 
 	BackgroundWorkerInitializeConnectionByOid(args.dboid, args.roleid, 0);
@@ -859,24 +850,6 @@ daemon_sigterm(SIGNAL_ARGS)
 	SetLatch(MyLatch);
 
 	errno = save_errno;
-}
-
-/*
- * daemon_detach
- *		before_shmem_exit callback: gives back the slot and wakes the
- *		launcher, which decides what comes next (worker_detach in worker.c
- *		does the same for job workers).
- */
-static void
-daemon_detach(int code, Datum arg)
-{
-	Oid			dboid = InvalidOid;
-
-	if (MyBgwdSlot >= 0)
-		dboid = BgwdShmem->slots[MyBgwdSlot].dboid;
-	BgwdReleaseSlot(MyBgwdSlot);
-	if (OidIsValid(dboid))
-		BgwdWakeLauncher(dboid, NULL);
 }
 
 /*

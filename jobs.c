@@ -102,19 +102,7 @@ bgworker_demo_submit(PG_FUNCTION_ARGS)
 	int64		job_id;
 
 	BgwdShmemAttach();
-
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("command must not be null")));
-	command = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (command[strspn(command, " \t\r\n\f\v;")] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("command must not be empty")));
-
-	/* A syntax error is the caller's to see now, not the worker's later. */
-	BgwdCheckSyntax(command);
+	command = BgwdCommandArg(fcinfo, 0);
 
 	run_at = PG_ARGISNULL(1) ? GetCurrentTransactionStartTimestamp() :
 		PG_GETARG_TIMESTAMPTZ(1);
@@ -637,4 +625,50 @@ syntax_error_callback(void *arg)
 		internalerrquery(command);
 	}
 	errcontext("command of a bgworker_demo job");
+}
+
+/*
+ * BgwdCommandArg
+ *		A command argument: not NULL, not empty (blanks and semicolons only
+ *		count as empty), and of valid syntax, so that the caller sees the
+ *		error now rather than a worker later.  Returns it as a C string.
+ */
+char *
+BgwdCommandArg(FunctionCallInfo fcinfo, int argno)
+{
+	char	   *command;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("command must not be null")));
+	command = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	if (command[strspn(command, " \t\r\n\f\v;")] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("command must not be empty")));
+	BgwdCheckSyntax(command);
+	return command;
+}
+
+/*
+ * BgwdNameArg
+ *		A name argument (of a schedule, a daemon): neither NULL nor blank.
+ *		"what" names it in the error.  Returns it as a C string.
+ */
+char *
+BgwdNameArg(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	char	   *name;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", what)));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	if (name[strspn(name, " \t\r\n\f\v")] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", what)));
+	return name;
 }

@@ -13,14 +13,16 @@
  *
  *	1. requeues the jobs of workers that died mid-job (transaction A),
  *	2. turns due schedules into jobs and supervises daemons (also A),
- *	3. prunes old history, at most once a minute (also A),
+ *	3. prunes old history, at most once a minute, and notes when the
+ *	   oldest finished job will be old enough to go (also A),
  *	4. after A has committed, looks at which roles have due jobs and makes
  *	   sure each has a worker: it sets the latch of an idle one or
  *	   registers a new dynamic worker connected as that role
  *	   (transaction B),
  *
  * and then sleeps on its latch exactly until the next thing it knows is due
- * (a delayed job, a schedule, a daemon restart), with no fixed naptime.
+ * (a delayed job, a schedule, a daemon restart, history to prune), with no
+ * fixed naptime.
  * Its latch is set by submit() when no idle worker of the submitting role
  * can take the job (commit callback, jobs.c), by the postmaster when one of
  * its workers starts or stops (bgw_notify_pid), by a worker that exits, by
@@ -141,7 +143,7 @@ static void launcher_error_context(void *arg);
 static TimestampTz launcher_round(void);
 static bool extension_ready(void);
 static void requeue_orphans(void);
-static void prune_history(TimestampTz now);
+static TimestampTz prune_history(TimestampTz now);
 static TimestampTz supervise_workers(TimestampTz now);
 static bool role_can_run(Oid roleid);
 static void fail_due_jobs(Oid roleid, TimestampTz now, const char *message);
@@ -414,7 +416,7 @@ launcher_round(void)
 		requeue_orphans();
 		next = Min(next, BgwdSchedulesEnqueueDue(now));
 		next = Min(next, BgwdDaemonsSupervise(now));
-		prune_history(now);
+		next = Min(next, prune_history(now));
 		BgwdRestoreUser(&owner);
 	}
 	else if (ready && !said_paused)
@@ -530,10 +532,13 @@ requeue_orphans(void)
 
 /*
  * prune_history
- *		Deletes finished jobs older than bgworker_demo.history_retention, at
- *		most once every PRUNE_INTERVAL_MS and 10000 rows at a time.
+ *		Deletes finished jobs older than bgworker_demo.history_retention,
+ *		10000 rows at a time, at most once every PRUNE_INTERVAL_MS (or
+ *		every retention period, if that is shorter).  Returns when the
+ *		oldest remaining finished job will be old enough to go, so that an
+ *		idle launcher wakes for it; DT_NOEND if there is nothing to prune.
  */
-static void
+static TimestampTz
 prune_history(TimestampTz now)
 {
 	static BgwdQuery q = {
@@ -542,21 +547,41 @@ prune_history(TimestampTz now)
 		"  WHERE finished_at IS NOT NULL AND finished_at < $1 LIMIT 10000)",
 		1, {TIMESTAMPTZOID}
 	};
+	static BgwdQuery oldest_q = {
+		"SELECT min(finished_at) FROM bgworker_demo.jobs WHERE finished_at IS NOT NULL",
+		0
+	};
+	int64		retention_us = (int64) bgworker_demo_history_retention * USECS_PER_SEC;
+	long		interval_ms = Min((long) PRUNE_INTERVAL_MS,
+								  (long) bgworker_demo_history_retention * 1000);
+	TimestampTz next_allowed;
+	TimestampTz oldest;
 	Datum		values[1];
+	bool		isnull;
+	Datum		d;
 
-	if (bgworker_demo_history_retention == 0 ||
-		!TimestampDifferenceExceeds(last_prune, now, PRUNE_INTERVAL_MS))
-		return;
-	last_prune = now;
+	if (bgworker_demo_history_retention == 0)
+		return DT_NOEND;
 
-	values[0] = TimestampTzGetDatum(now -
-									(int64) bgworker_demo_history_retention *
-									USECS_PER_SEC);
-	BgwdQueryRun(&q, values, NULL, false, 0);
-	if (SPI_processed > 0)
-		ereport(DEBUG1,
-				(errmsg_internal("bgworker_demo pruned " UINT64_FORMAT " finished jobs",
-								 SPI_processed)));
+	if (TimestampDifferenceExceeds(last_prune, now, interval_ms))
+	{
+		last_prune = now;
+		values[0] = TimestampTzGetDatum(now - retention_us);
+		BgwdQueryRun(&q, values, NULL, false, 0);
+		if (SPI_processed > 0)
+			ereport(DEBUG1,
+					(errmsg_internal("bgworker_demo pruned " UINT64_FORMAT " finished jobs",
+									 SPI_processed)));
+	}
+	next_allowed = TimestampTzPlusMilliseconds(last_prune, interval_ms);
+
+	/* Not read-only: it must see what the DELETE just removed. */
+	BgwdQueryRun(&oldest_q, NULL, NULL, false, 0);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return DT_NOEND;
+	oldest = DatumGetTimestampTz(d);
+	return Max(oldest + retention_us, next_allowed);
 }
 
 /*

@@ -56,8 +56,6 @@ PG_FUNCTION_INFO_V1(bgworker_demo_unschedule);
 PG_FUNCTION_INFO_V1(bgworker_demo_run_now);
 PG_FUNCTION_INFO_V1(bgworker_demo_alter_schedule);
 
-static char *check_name(FunctionCallInfo fcinfo, int argno);
-static char *check_command(FunctionCallInfo fcinfo, int argno);
 static void enqueue_run(int64 schedule_id, Oid roleid, Datum command,
 						TimestampTz due);
 
@@ -81,7 +79,7 @@ bgworker_demo_schedule(PG_FUNCTION_ARGS)
 		" RETURNING id",
 		6, {TEXTOID, REGROLEOID, TEXTOID, TEXTOID, BOOLOID, TIMESTAMPTZOID}
 	};
-	char	   *name = check_name(fcinfo, 0);
+	char	   *name = BgwdNameArg(fcinfo, 0, "schedule name");
 	char	   *spec_text;
 	BgwdSpec	spec;
 	BgwdOwnerContext owner;
@@ -95,7 +93,7 @@ bgworker_demo_schedule(PG_FUNCTION_ARGS)
 				 errmsg("spec must not be null")));
 	spec_text = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	BgwdParseSpec(spec_text, &spec);
-	(void) check_command(fcinfo, 2);
+	(void) BgwdCommandArg(fcinfo, 2);
 
 	values[0] = CStringGetTextDatum(name);
 	values[1] = ObjectIdGetDatum(GetUserId());
@@ -223,7 +221,7 @@ bgworker_demo_alter_schedule(PG_FUNCTION_ARGS)
 		"SELECT spec FROM bgworker_demo.schedules WHERE username::oid = $1 AND name = $2",
 		2, {OIDOID, TEXTOID}
 	};
-	char	   *name = check_name(fcinfo, 0);
+	char	   *name = BgwdNameArg(fcinfo, 0, "schedule name");
 	BgwdOwnerContext owner;
 	Datum		values[7];
 	char		nulls[7] = "       ";
@@ -252,7 +250,7 @@ bgworker_demo_alter_schedule(PG_FUNCTION_ARGS)
 		new_next = true;
 	}
 	if (!PG_ARGISNULL(3))
-		(void) check_command(fcinfo, 3);
+		(void) BgwdCommandArg(fcinfo, 3);
 	if (!PG_ARGISNULL(1) && PG_GETARG_BOOL(1))
 		new_next = true;
 
@@ -288,49 +286,6 @@ bgworker_demo_alter_schedule(PG_FUNCTION_ARGS)
 
 	BgwdWakeAfterCommit(InvalidOid, true);
 	PG_RETURN_VOID();
-}
-
-/*
- * check_name
- *		The schedule name argument, which must be neither NULL nor empty.
- */
-static char *
-check_name(FunctionCallInfo fcinfo, int argno)
-{
-	char	   *name;
-
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("schedule name must not be null")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(argno));
-	if (name[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("schedule name must not be empty")));
-	return name;
-}
-
-/*
- * check_command
- *		The command argument: not NULL, not empty, valid syntax.
- */
-static char *
-check_command(FunctionCallInfo fcinfo, int argno)
-{
-	char	   *command;
-
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("command must not be null")));
-	command = text_to_cstring(PG_GETARG_TEXT_PP(argno));
-	if (command[strspn(command, " \t\r\n\f\v;")] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("command must not be empty")));
-	BgwdCheckSyntax(command);
-	return command;
 }
 
 /*

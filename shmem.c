@@ -152,35 +152,12 @@ BgwdShmemAttach(void)
 int
 BgwdClaimSlot(BgwdKind kind, Oid dboid, Oid roleid)
 {
-	int			i;
-	int			result = -1;
+	uint32		generation;
+	int			slot = BgwdReserveSlot(kind, dboid, roleid, &generation);
 
-	LWLockAcquire(BgwdShmem->lock, LW_EXCLUSIVE);
-	for (i = 0; i < BgwdShmem->nslots; i++)
-	{
-		BgwdSlot   *s = &BgwdShmem->slots[i];
-
-		uint32		gen;
-
-		if (s->state != BGWD_STATE_FREE)
-			continue;
-		gen = s->generation + 1;
-		memset(s, 0, sizeof(BgwdSlot));
-		s->generation = gen;
-		s->kind = kind;
-		s->state = BGWD_STATE_IDLE;
-		s->pid = MyProcPid;
-		s->latch = MyLatch;
-		s->dboid = dboid;
-		s->roleid = roleid;
-		s->reserved_at = s->started_at = GetCurrentTimestamp();
-		result = i;
-		break;
-	}
-	LWLockRelease(BgwdShmem->lock);
-
-	MyBgwdSlot = result;
-	return result;
+	if (slot >= 0 && !BgwdAdoptSlot(slot, generation))
+		slot = -1;				/* cannot happen: nobody else knows it */
+	return slot;
 }
 
 /*
@@ -280,6 +257,25 @@ BgwdReleaseSlot(int slot)
 
 	if (slot == MyBgwdSlot)
 		MyBgwdSlot = -1;
+}
+
+/*
+ * BgwdReleaseSlotAndWake
+ *		before_shmem_exit callback of dynamic workers: gives back our slot
+ *		and wakes our database's launcher, which decides what comes next.
+ *		The launcher that started us may have been replaced since, so
+ *		bgw_notify_pid alone is not enough.
+ */
+void
+BgwdReleaseSlotAndWake(int code, Datum arg)
+{
+	Oid			dboid = InvalidOid;
+
+	if (MyBgwdSlot >= 0)
+		dboid = BgwdShmem->slots[MyBgwdSlot].dboid;
+	BgwdReleaseSlot(MyBgwdSlot);
+	if (OidIsValid(dboid))
+		BgwdWakeLauncher(dboid, NULL);
 }
 
 /*

@@ -102,7 +102,6 @@ typedef enum JobOutcome
 } JobOutcome;
 
 static void worker_sigterm(SIGNAL_ARGS);
-static void worker_detach(int code, Datum arg);
 static bool worker_exit_requested(void);
 static bool worker_run_one(void);
 static BgwdJob *claim_job(void);
@@ -161,7 +160,7 @@ BgwdWorkerMain(Datum main_arg)
 	BgwdShmemAttach();
 	if (!BgwdAdoptSlot(args.slot, args.generation))
 		proc_exit(0);			/* the launcher gave up on us already */
-	before_shmem_exit(worker_detach, (Datum) 0);
+	before_shmem_exit(BgwdReleaseSlotAndWake, (Datum) 0);
 
 	BackgroundWorkerInitializeConnectionByOid(args.dboid, args.roleid, 0);
 	MyJobRole = args.roleid;
@@ -242,24 +241,6 @@ worker_sigterm(SIGNAL_ARGS)
 }
 
 /*
- * worker_detach
- *		before_shmem_exit callback: gives back the slot and tells the
- *		launcher (which may not be the one that started us, so
- *		bgw_notify_pid is not enough).
- */
-static void
-worker_detach(int code, Datum arg)
-{
-	Oid			dboid = InvalidOid;
-
-	if (MyBgwdSlot >= 0)
-		dboid = BgwdShmem->slots[MyBgwdSlot].dboid;
-	BgwdReleaseSlot(MyBgwdSlot);
-	if (OidIsValid(dboid))
-		BgwdWakeLauncher(dboid, NULL);
-}
-
-/*
  * worker_exit_requested
  *		Whether the launcher asked us to make room for another role.
  */
@@ -309,7 +290,7 @@ worker_run_one(void)
 }
 
 /*
- * claim_sql
+ * claim_query
  *		The claim: oldest due job of our role, marked running with one more
  *		attempt.  Shared by claim_job and the pipelined claim.
  */
@@ -1069,7 +1050,7 @@ BgwdRawWorkerMain(Datum main_arg)
 	BgwdShmemAttach();
 	if (!BgwdAdoptSlot(args.slot, args.generation))
 		proc_exit(0);
-	before_shmem_exit(worker_detach, (Datum) 0);
+	before_shmem_exit(BgwdReleaseSlotAndWake, (Datum) 0);
 
 	BackgroundWorkerInitializeConnectionByOid(args.dboid, args.roleid, 0);
 	pgstat_report_appname("bgworker_demo raw worker");

@@ -289,5 +289,20 @@ my $log = slurp_file($node->logfile, $offset);
 is(scalar(() = $log =~ /could not start a job worker/g),
 	1, 'the full pool was reported once, not at every retry');
 
+# --- History is pruned after history_retention, by an otherwise idle launcher
+
+$job = $node->safe_psql('postgres', "SELECT bgworker_demo.submit('SELECT 43')");
+wait_jobs("id = $job", 'last job');
+$node->safe_psql('postgres',
+	"ALTER SYSTEM SET bgworker_demo.history_retention = '2s'; SELECT pg_reload_conf()");
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 0 FROM bgworker_demo.jobs WHERE finished_at IS NOT NULL")
+  or die 'history was not pruned';
+pass('finished jobs are deleted after history_retention');
+# The youngest job was not yet 2 s old at the reload: only a launcher that
+# woke for it (nothing else happens now) could have deleted it.
+is($node->safe_psql('postgres', "SELECT count(*) FROM bgworker_demo.jobs WHERE id = $job"),
+	'0', 'the launcher woke to prune the last one');
+
 $node->stop;
 done_testing();
