@@ -304,5 +304,20 @@ pass('finished jobs are deleted after history_retention');
 is($node->safe_psql('postgres', "SELECT count(*) FROM bgworker_demo.jobs WHERE id = $job"),
 	'0', 'the launcher woke to prune the last one');
 
+# --- bgworker_demo.enabled = off pauses the queue; on resumes it -----------
+
+$offset = -s $node->logfile;
+$node->safe_psql('postgres',
+	"ALTER SYSTEM SET bgworker_demo.enabled = off; SELECT pg_reload_conf()");
+$node->wait_for_log(qr/bgworker_demo is paused in database "postgres"/, $offset);
+$job = $node->safe_psql('postgres', "SELECT bgworker_demo.submit('SELECT 44')");
+is($node->safe_psql('postgres', "SELECT bgworker_demo.wait($job, '1 s')"),
+	'queued', 'while paused, a job stays queued');
+$node->safe_psql('postgres',
+	"ALTER SYSTEM RESET bgworker_demo.enabled; SELECT pg_reload_conf()");
+wait_jobs("id = $job", 'after resume');
+is($node->safe_psql('postgres', "SELECT status FROM bgworker_demo.jobs WHERE id = $job"),
+	'succeeded', 'after resuming, it runs');
+
 $node->stop;
 done_testing();
