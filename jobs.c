@@ -437,13 +437,21 @@ bgwd_xact_callback(XactEvent event, void *arg)
 
 /*
  * wake_now
- *		Sets the latch of an idle worker of (this database, wake_roleid),
- *		and the launcher's if none is idle or wake_launcher is set.
+ *		After a commit that queued work for (this database, wake_roleid):
+ *		sets the latch of an idle worker of the role; if none is idle, those
+ *		of its busy workers, which look for more work after each job (a
+ *		worker about to go idle then looks once more instead of sleeping);
+ *		and the launcher's only when it can do something about it: when
+ *		wake_launcher is set, the role has no worker here, or a worker slot
+ *		is free for a second one.  A busy queue thus does not keep the
+ *		launcher busy.
  */
 static void
 wake_now(void)
 {
-	bool		woke_worker = false;
+	bool		woke_idle = false;
+	int			mine = 0;
+	int			total = 0;
 	int			i;
 
 	LWLockAcquire(BgwdShmem->lock, LW_SHARED);
@@ -453,17 +461,34 @@ wake_now(void)
 		{
 			BgwdSlot   *s = &BgwdShmem->slots[i];
 
-			if (s->kind == BGWD_KIND_WORKER && s->state == BGWD_STATE_IDLE &&
-				s->dboid == MyDatabaseId && s->roleid == wake_roleid &&
-				s->latch != NULL && !s->exit_requested)
+			if (s->kind != BGWD_KIND_WORKER || s->state == BGWD_STATE_FREE)
+				continue;
+			total++;
+			if (s->dboid != MyDatabaseId || s->roleid != wake_roleid ||
+				s->exit_requested)
+				continue;
+			mine++;
+			if (s->state == BGWD_STATE_IDLE && s->latch != NULL && !woke_idle)
 			{
 				SetLatch(s->latch);
-				woke_worker = true;
-				break;
+				woke_idle = true;
+			}
+		}
+		if (!woke_idle && mine > 0)
+		{
+			for (i = 0; i < BgwdShmem->nslots; i++)
+			{
+				BgwdSlot   *s = &BgwdShmem->slots[i];
+
+				if (s->kind == BGWD_KIND_WORKER && s->state == BGWD_STATE_RUNNING &&
+					s->dboid == MyDatabaseId && s->roleid == wake_roleid &&
+					s->latch != NULL)
+					SetLatch(s->latch);
 			}
 		}
 	}
-	if (!woke_worker || wake_launcher)
+	if (wake_launcher || !OidIsValid(wake_roleid) || mine == 0 ||
+		(!woke_idle && total < bgworker_demo_max_workers))
 	{
 		BgwdLauncher *l = BgwdFindLauncher(MyDatabaseId, NULL);
 
@@ -538,7 +563,8 @@ BgwdRestoreUser(BgwdOwnerContext *ctx)
 
 /*
  * BgwdQueryRun
- *		Prepares the query on first use, keeps the plan, and executes it.
+ *		Prepares the query on first use (with a generic plan), keeps the
+ *		plan, and executes it.
  *		Errors out if SPI reports a failure.  Returns SPI's result code.
  */
 int
@@ -549,7 +575,14 @@ BgwdQueryRun(BgwdQuery *q, Datum *values, const char *nulls, bool read_only,
 
 	if (q->plan == NULL)
 	{
-		SPIPlanPtr	plan = SPI_prepare(q->sql, q->nargs, q->argtypes);
+		/*
+		 * A generic plan: these are short index look-ups, and a custom plan
+		 * for every run (the plan cache's default for the first runs, and
+		 * for good when it judges them cheaper) would cost more than the
+		 * query itself, once or more per job.
+		 */
+		SPIPlanPtr	plan = SPI_prepare_cursor(q->sql, q->nargs, q->argtypes,
+											  CURSOR_OPT_GENERIC_PLAN);
 
 		if (plan == NULL)
 			elog(ERROR, "could not prepare query \"%s\": %s",
