@@ -105,6 +105,7 @@ typedef struct BgwdShared
 	pg_atomic_uint64 jobs_succeeded;
 	pg_atomic_uint64 jobs_failed;	/* failed attempts, retried or not */
 	pg_atomic_uint64 workers_started;	/* dynamic workers registered */
+	pg_atomic_uint64 workers_exited;	/* dynamic workers that left */
 	int			nlaunchers;		/* entries used in launchers[] */
 	BgwdLauncher launchers[BGWD_MAX_DATABASES];
 	int			nslots;			/* = max_worker_processes + launchers + 2 */

@@ -228,6 +228,7 @@ BgwdParseSpec(const char *text, BgwdSpec *spec)
 	char	   *fields[CRON_NFIELDS];
 	int			nfields = 0;
 	bool		cron_like = true;
+	bool		all_cron_chars = true;	/* digits and * , - / ? only */
 	int			i;
 
 	if (text == NULL)
@@ -261,10 +262,21 @@ BgwdParseSpec(const char *text, BgwdSpec *spec)
 			fields[nfields] = pnstrdup(start, p - start);
 		if (nfields >= CRON_NFIELDS || !is_cron_field(fields[nfields]))
 			cron_like = false;
+		if (strspn(start, CRON_CHARS) < (size_t) (p - start))
+			all_cron_chars = false;
 		nfields++;
 		while (isspace((unsigned char) *p))
 			p++;
 	}
+
+	/*
+	 * Several fields of cron characters only, but not five: a cron
+	 * expression with a field too many or too few (a six-field one with
+	 * seconds, say), even if interval input would take it.
+	 */
+	if (all_cron_chars && nfields >= 2 && nfields != CRON_NFIELDS)
+		report_invalid_spec(text, "A cron expression must have 5 fields, not %d.",
+							nfields);
 
 	if (cron_like && nfields == CRON_NFIELDS)
 	{

@@ -66,6 +66,7 @@ static bool xact_callback_registered = false;
 static bool wake_pending = false;
 static Oid	wake_roleid = InvalidOid;
 static bool wake_launcher = false;
+static int	wake_jobs = 0;			/* jobs queued for wake_roleid */
 static bool broadcast_pending = false;
 
 /* Jobs submitted by the current transaction, for wait()'s check */
@@ -387,6 +388,8 @@ BgwdWakeAfterCommit(Oid roleid, bool future)
 		wake_launcher = true;
 	wake_pending = true;
 	wake_roleid = roleid;
+	if (wake_jobs < INT_MAX)
+		wake_jobs++;
 }
 
 /*
@@ -432,24 +435,26 @@ bgwd_xact_callback(XactEvent event, void *arg)
 	wake_launcher = false;
 	broadcast_pending = false;
 	wake_roleid = InvalidOid;
+	wake_jobs = 0;
 	xact_first_job = 0;
 }
 
 /*
  * wake_now
  *		After a commit that queued work for (this database, wake_roleid):
- *		sets the latch of an idle worker of the role; if none is idle, those
+ *		sets the latches of as many idle workers of the role as jobs were
+ *		queued (a burst is spread over them); if none is idle, those
  *		of its busy workers, which look for more work after each job (a
  *		worker about to go idle then looks once more instead of sleeping);
  *		and the launcher's only when it can do something about it: when
- *		wake_launcher is set, the role has no worker here, or a worker slot
- *		is free for a second one.  A busy queue thus does not keep the
+ *		wake_launcher is set, the role has no worker here, or more jobs came
+ *		than idle workers and a worker slot is free for another one.  A busy queue thus does not keep the
  *		launcher busy.
  */
 static void
 wake_now(void)
 {
-	bool		woke_idle = false;
+	int			woke_idle = 0;
 	int			mine = 0;
 	int			total = 0;
 	int			i;
@@ -468,13 +473,14 @@ wake_now(void)
 				s->exit_requested)
 				continue;
 			mine++;
-			if (s->state == BGWD_STATE_IDLE && s->latch != NULL && !woke_idle)
+			if (s->state == BGWD_STATE_IDLE && s->latch != NULL &&
+				woke_idle < wake_jobs)
 			{
 				SetLatch(s->latch);
-				woke_idle = true;
+				woke_idle++;
 			}
 		}
-		if (!woke_idle && mine > 0)
+		if (woke_idle == 0 && mine > 0)
 		{
 			for (i = 0; i < BgwdShmem->nslots; i++)
 			{
@@ -488,7 +494,7 @@ wake_now(void)
 		}
 	}
 	if (wake_launcher || !OidIsValid(wake_roleid) || mine == 0 ||
-		(!woke_idle && total < bgworker_demo_max_workers))
+		(woke_idle < wake_jobs && total < bgworker_demo_max_workers))
 	{
 		BgwdLauncher *l = BgwdFindLauncher(MyDatabaseId, NULL);
 

@@ -165,6 +165,9 @@ static BackgroundWorkerHandle **worker_handles = NULL;
 /* Recent worker starts per role, for the fair tie-break */
 static RoleServed served[SERVED_MEMORY];
 
+/* workers_exited when the orphan check last ran; the first round checks */
+static uint64 exits_checked = PG_UINT64_MAX;
+
 /* When history was last pruned */
 static TimestampTz last_prune = 0;
 
@@ -410,10 +413,24 @@ launcher_round(void)
 	if (ready && bgworker_demo_enabled)
 	{
 		BgwdOwnerContext owner;
+		uint64		exits = pg_atomic_read_u64(&BgwdShmem->workers_exited);
 
 		said_paused = false;
+
 		BgwdBecomeOwner(&owner);
-		requeue_orphans();
+
+		/*
+		 * A job can only be orphaned by a process that is gone: look when
+		 * one has gone since the last look (a crash restart makes us start
+		 * anew, so the first round looks too).  The scan visits every job
+		 * run since the last VACUUM; doing it every round made a busy
+		 * launcher slow.
+		 */
+		if (exits != exits_checked)
+		{
+			exits_checked = exits;
+			requeue_orphans();
+		}
 		next = Min(next, BgwdSchedulesEnqueueDue(now));
 		next = Min(next, BgwdDaemonsSupervise(now));
 		next = Min(next, prune_history(now));

@@ -107,6 +107,7 @@ BgwdShmemStartup(void)
 		pg_atomic_init_u64(&BgwdShmem->jobs_succeeded, 0);
 		pg_atomic_init_u64(&BgwdShmem->jobs_failed, 0);
 		pg_atomic_init_u64(&BgwdShmem->workers_started, 0);
+		pg_atomic_init_u64(&BgwdShmem->workers_exited, 0);
 		BgwdShmem->nslots = count_slots();
 
 		/* A bad list was reported by _PG_init already. */
@@ -274,6 +275,8 @@ BgwdReleaseSlotAndWake(int code, Datum arg)
 	if (MyBgwdSlot >= 0)
 		dboid = BgwdShmem->slots[MyBgwdSlot].dboid;
 	BgwdReleaseSlot(MyBgwdSlot);
+	/* Tells the launchers' orphan checks that there is something to look at. */
+	pg_atomic_fetch_add_u64(&BgwdShmem->workers_exited, 1);
 	if (OidIsValid(dboid))
 		BgwdWakeLauncher(dboid, NULL);
 }

@@ -116,6 +116,8 @@ static void log_job(BgwdJob *job, JobOutcome outcome, const char *status,
 					const char *tag, ErrorData *edata);
 static char *command_tag_of(const char *command, uint64 processed);
 static void arm_timeout(BgwdJob *job);
+static void enter_job(void);
+static void leave_job(void);
 
 /* Set by the SIGTERM handler */
 static volatile sig_atomic_t got_sigterm = false;
@@ -156,6 +158,13 @@ BgwdWorkerMain(Datum main_arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, worker_sigterm);
 	BackgroundWorkerUnblockSignals();
+
+	/*
+	 * Query cancels may interrupt a job's statements only (enter_job): a
+	 * SIGINT from cancel() that comes a moment late must not hit our own
+	 * bookkeeping.
+	 */
+	HOLD_CANCEL_INTERRUPTS();
 
 	BgwdShmemAttach();
 	if (!BgwdAdoptSlot(args.slot, args.generation))
@@ -451,15 +460,13 @@ run_in_subxact(BgwdJob *job, char **tag, ErrorData **edata)
 		int			nestlevel = NewGUCNestLevel();
 		int			rc;
 
-		in_job = true;
-		if (got_sigterm)
-			CHECK_FOR_INTERRUPTS();
+		enter_job();
 		arm_timeout(job);
 		rc = SPI_execute(job->command, false, 0);
 		if (rc < 0)
 			elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
 		disable_timeout(STATEMENT_TIMEOUT, false);
-		in_job = false;
+		leave_job();
 
 		*tag = MemoryContextStrdup(WorkerJobContext,
 								   command_tag_of(job->command, SPI_processed));
@@ -472,8 +479,8 @@ run_in_subxact(BgwdJob *job, char **tag, ErrorData **edata)
 	}
 	PG_CATCH();
 	{
-		in_job = false;
 		disable_timeout(STATEMENT_TIMEOUT, false);
+		leave_job();
 		MemoryContextSwitchTo(WorkerJobContext);
 		*edata = CopyErrorData();
 		FlushErrorState();
@@ -500,19 +507,17 @@ run_toplevel(BgwdJob *job, char **tag, ErrorData **edata)
 
 	PG_TRY();
 	{
-		in_job = true;
-		if (got_sigterm)
-			CHECK_FOR_INTERRUPTS();
+		enter_job();
 		arm_timeout(job);
 		BgwdExecuteToplevel(job->command, tag);
 		disable_timeout(STATEMENT_TIMEOUT, false);
-		in_job = false;
+		leave_job();
 		*tag = MemoryContextStrdup(WorkerJobContext, *tag);
 	}
 	PG_CATCH();
 	{
-		in_job = false;
 		disable_timeout(STATEMENT_TIMEOUT, false);
+		leave_job();
 		MemoryContextSwitchTo(WorkerJobContext);
 		*edata = CopyErrorData();
 		FlushErrorState();
@@ -551,6 +556,46 @@ classify_error(BgwdJob *job, ErrorData *edata)
 			return JOB_CANCELED;
 	}
 	return JOB_FAILED;
+}
+
+/*
+ * enter_job
+ *		Opens the window in which a query cancel (cancel(), the job's
+ *		timeout, our SIGTERM) may interrupt: the job's own statements.
+ *		Outside it cancels are held, so that they can never hit our
+ *		bookkeeping, which runs outside any PG_TRY and would end the
+ *		worker.  A cancel left over from before is dropped here.
+ */
+static void
+enter_job(void)
+{
+	QueryCancelPending = false;
+	in_job = true;
+	RESUME_CANCEL_INTERRUPTS();
+	if (got_sigterm)
+	{
+		/* SIGTERM came before the job started: interrupt it at once. */
+		QueryCancelPending = true;
+		InterruptPending = true;
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
+ * leave_job
+ *		Closes the window again.  The postmaster signals a worker's process
+ *		group as well as the worker at shutdown, so a second SIGTERM may
+ *		have asked for another cancel after the first one was raised: drop
+ *		it.  Safe after an error too: errfinish has reset the hold-off
+ *		count when it threw.
+ */
+static void
+leave_job(void)
+{
+	in_job = false;
+	if (QueryCancelHoldoffCount == 0)
+		HOLD_CANCEL_INTERRUPTS();
+	QueryCancelPending = false;
 }
 
 /*

@@ -174,3 +174,10 @@ SELECT bgworker_demo.next_run('0 0 * * *', '2026-01-01');
 RESET bgworker_demo.timezone;
 RESET datestyle;
 RESET timezone;
+
+-- A cron expression with a field too many (seconds) or too few is an
+-- error, even though interval input would accept the text.
+SELECT bgworker_demo.next_run('*/20 * * * * *', '2026-01-01 00:00:00+00');
+SELECT bgworker_demo.next_run('0 0 * *', '2026-01-01 00:00:00+00');
+-- An interval with words is still an interval.
+SELECT bgworker_demo.next_run('10 seconds', '2026-01-01 00:00:00+00');
