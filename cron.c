@@ -182,6 +182,7 @@ typedef struct CronParseState
 	const char *field;			/* its text */
 } CronParseState;
 
+static char *format_detail(const char *fmt, va_list args) pg_attribute_printf(1, 0);
 static void report_invalid_spec(const char *spec, const char *fmt,...)
 			pg_attribute_printf(2, 3) pg_attribute_noreturn();
 static void report_field_error(const CronParseState *state,
@@ -384,6 +385,32 @@ bgworker_demo_next_run(PG_FUNCTION_ARGS)
 
 
 /*
+ * format_detail
+ *		Formats a detail message from fmt and a va_list into palloc'd memory.
+ *		The list is copied for each try, so the caller's stays usable.
+ */
+static char *
+format_detail(const char *fmt, va_list args)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (;;)
+	{
+		va_list		copy;
+		int			needed;
+
+		va_copy(copy, args);
+		needed = appendStringInfoVA(&buf, fmt, copy);
+		va_end(copy);
+		if (needed == 0)
+			break;
+		enlargeStringInfo(&buf, needed);
+	}
+	return buf.data;
+}
+
+/*
  * report_invalid_spec
  *		Reports an ERROR about an invalid spec, with a detail message.
  *
@@ -393,26 +420,17 @@ bgworker_demo_next_run(PG_FUNCTION_ARGS)
 static void
 report_invalid_spec(const char *spec, const char *fmt,...)
 {
-	StringInfoData detail;
+	va_list		args;
+	char	   *detail;
 
-	initStringInfo(&detail);
-	for (;;)
-	{
-		va_list		args;
-		int			needed;
-
-		va_start(args, fmt);
-		needed = appendStringInfoVA(&detail, fmt, args);
-		va_end(args);
-		if (needed == 0)
-			break;
-		enlargeStringInfo(&detail, needed);
-	}
+	va_start(args, fmt);
+	detail = format_detail(fmt, args);
+	va_end(args);
 
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("invalid schedule spec \"%s\"", spec),
-			 errdetail_internal("%s", detail.data),
+			 errdetail_internal("%s", detail),
 			 errhint(SPEC_HINT, SPEC_HINT_CRON, SPEC_HINT_INTERVAL)));
 	pg_unreachable();
 }
@@ -428,24 +446,15 @@ report_invalid_spec(const char *spec, const char *fmt,...)
 static void
 report_field_error(const CronParseState *state, const char *fmt,...)
 {
-	StringInfoData detail;
+	va_list		args;
+	char	   *detail;
 
-	initStringInfo(&detail);
-	for (;;)
-	{
-		va_list		args;
-		int			needed;
-
-		va_start(args, fmt);
-		needed = appendStringInfoVA(&detail, fmt, args);
-		va_end(args);
-		if (needed == 0)
-			break;
-		enlargeStringInfo(&detail, needed);
-	}
+	va_start(args, fmt);
+	detail = format_detail(fmt, args);
+	va_end(args);
 
 	report_invalid_spec(state->spec, "Field %d (%s): %s",
-						state->fieldno, state->desc->label, detail.data);
+						state->fieldno, state->desc->label, detail);
 }
 
 /*

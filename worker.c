@@ -116,7 +116,7 @@ static void log_job(BgwdJob *job, JobOutcome outcome, const char *status,
 					const char *tag, ErrorData *edata);
 static char *command_tag_of(const char *command, uint64 processed);
 static void arm_timeout(BgwdJob *job);
-static void enter_job(void);
+static void enter_job(BgwdJob *job);
 static void leave_job(void);
 
 /* Set by the SIGTERM handler */
@@ -396,11 +396,7 @@ run_job(BgwdJob *job)
 
 	job->started_at = GetCurrentTimestamp();
 
-	/*
-	 * A cancel() that came before we started: drop stale query-cancel
-	 * requests (meant for an earlier job), then look at the slot.
-	 */
-	QueryCancelPending = false;
+	/* A cancel() that came before we started: record it, run nothing. */
 	LWLockAcquire(BgwdShmem->lock, LW_SHARED);
 	canceled_early = BgwdShmem->slots[MyBgwdSlot].cancel_job_id == job->id;
 	LWLockRelease(BgwdShmem->lock);
@@ -460,7 +456,7 @@ run_in_subxact(BgwdJob *job, char **tag, ErrorData **edata)
 		int			nestlevel = NewGUCNestLevel();
 		int			rc;
 
-		enter_job();
+		enter_job(job);
 		arm_timeout(job);
 		rc = SPI_execute(job->command, false, 0);
 		if (rc < 0)
@@ -507,7 +503,7 @@ run_toplevel(BgwdJob *job, char **tag, ErrorData **edata)
 
 	PG_TRY();
 	{
-		enter_job();
+		enter_job(job);
 		arm_timeout(job);
 		BgwdExecuteToplevel(job->command, tag);
 		disable_timeout(STATEMENT_TIMEOUT, false);
@@ -564,17 +560,25 @@ classify_error(BgwdJob *job, ErrorData *edata)
  *		timeout, our SIGTERM) may interrupt: the job's own statements.
  *		Outside it cancels are held, so that they can never hit our
  *		bookkeeping, which runs outside any PG_TRY and would end the
- *		worker.  A cancel left over from before is dropped here.
+ *		worker.  A cancel left over from an earlier job is dropped here; one
+ *		meant for this job is not lost by that: cancel() marks our slot
+ *		before it signals, and the slot is read after the flag is cleared.
  */
 static void
-enter_job(void)
+enter_job(BgwdJob *job)
 {
+	bool		canceled;
+
 	QueryCancelPending = false;
 	in_job = true;
 	RESUME_CANCEL_INTERRUPTS();
-	if (got_sigterm)
+
+	LWLockAcquire(BgwdShmem->lock, LW_SHARED);
+	canceled = BgwdShmem->slots[MyBgwdSlot].cancel_job_id == job->id;
+	LWLockRelease(BgwdShmem->lock);
+	if (got_sigterm || canceled)
 	{
-		/* SIGTERM came before the job started: interrupt it at once. */
+		/* SIGTERM or cancel() came before the job started: interrupt now. */
 		QueryCancelPending = true;
 		InterruptPending = true;
 		CHECK_FOR_INTERRUPTS();
